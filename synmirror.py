@@ -664,44 +664,46 @@ def shard_paths(directory: Path) -> list[Path]:
 class ShardWriter:
     """Writes rows, in order, to Parquet shards `train-00000.parquet`, `train-00001.parquet`, ... of `directory`.
 
-    Rows are in storage form (an image is `{"bytes", "path"}`); the schema carries the `datasets` features, a page
-    index is written, and a row group holds at most `rows_per_group(features)` rows. A shard is written under a
-    temporary name and renamed once closed, so a shard that exists is whole. A new shard starts before the
-    current one would pass `max_shard_bytes`.
+    Rows are in storage form (an image is `{"bytes", "path"}`, written as given). The files are what `datasets`
+    writes (its features in the schema, its per-column encodings, content-defined chunking, a page index), with at
+    most `rows_per_group(features)` rows per row group; rows are converted a row group at a time, column by column.
+    A shard is written under a temporary name and renamed once closed, so a shard that exists is whole. A new
+    shard starts before the current one would pass `max_shard_bytes`.
     """
 
     def __init__(self, directory: Path, features: datasets.Features, *, max_shard_bytes: int = MAX_SHARD_BYTES,
                  first_shard: int = 0):
-        from datasets.arrow_writer import ParquetWriter
-
-        self._make_writer = functools.partial(ParquetWriter, features=features,
-                                              writer_batch_size=rows_per_group(features))
         self.directory = Path(directory)
-        self.max_payload = int(max_shard_bytes * 0.95)  # leaves room for Parquet's own pages and footer
+        self.features = features
+        self.schema = features.arrow_schema
+        self.rows_per_group = rows_per_group(features)
+        # Room for Parquet's own headers, statistics, page index and footer (about 10 KB, plus 1% for pages).
+        self.max_payload = max_shard_bytes - max(max_shard_bytes // 20, 32 * 1024)
         self.shard = first_shard
         self.rows = 0
         self._writer = None
+        self._batch: list[dict[str, Any]] = []
         self._payload = 0
 
     def write(self, row: dict[str, Any]) -> None:
         size = _payload_size(row)
-        if self._writer is not None and self._payload + size > self.max_payload:
+        if self._payload and self._payload + size > self.max_payload:
             self._close_shard()
-        if self._writer is None:
-            self._writer = self._make_writer(path=str(self._temporary()))
-        self._writer.write(row)
+        self._batch.append(row)
         self._payload += size
         self.rows += 1
+        if len(self._batch) == self.rows_per_group:
+            self._flush()
 
     def close(self) -> None:
-        if self._writer is not None:
+        if self._payload:
             self._close_shard()
 
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._temporary().unlink(missing_ok=True)
-            self._writer = None
+        self._writer, self._batch, self._payload = None, [], 0
 
     def __enter__(self):
         return self
@@ -712,8 +714,24 @@ class ShardWriter:
     def _temporary(self) -> Path:
         return self.directory / f".{SPLIT}-{self.shard:05d}.parquet.tmp"
 
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from datasets.arrow_writer import get_parquet_column_options
+
+        if self._writer is None:
+            cdc = datasets.config.DEFAULT_CDC_OPTIONS
+            self._writer = pq.ParquetWriter(self._temporary(), self.schema, write_page_index=True,
+                                            use_content_defined_chunking=cdc,
+                                            **get_parquet_column_options(self.features, self.schema))
+            self._writer.add_key_value_metadata({"content_defined_chunking": json.dumps(cdc)})
+        columns = {name: [row[name] for row in self._batch] for name in self.schema.names}
+        self._writer.write_table(pa.Table.from_pydict(columns, schema=self.schema), row_group_size=self.rows_per_group)
+        self._batch = []
+
     def _close_shard(self) -> None:
-        self._writer.finalize()
+        if self._batch:
+            self._flush()
         self._writer.close()
         os.replace(self._temporary(), self.directory / f"{SPLIT}-{self.shard:05d}.parquet")
         self._writer, self._payload, self.shard = None, 0, self.shard + 1
@@ -798,7 +816,8 @@ def card_yaml(out: Path) -> str:
                                 task_categories=["text-to-image", "image-classification"])
     MetadataConfigs(
         {
-            name: {"data_files": [{"split": SPLIT, "path": f"{name}/{SPLIT}-*.parquet"}], "default": name == default}
+            name: {"data_files": [{"split": SPLIT, "path": f"{name}/{SPLIT}-*.parquet"}]}
+            | ({"default": True} if name == default else {})
             for name in names
         }
     ).to_dataset_card_data(card_data)
@@ -889,12 +908,20 @@ def _config_problems(out: Path, name: str, meta: dict, info, pq) -> list[str]:
 
 
 def _load_problem(out: Path, name: str) -> Optional[str]:
+    """Load config `name` through `datasets` as a user would (streaming, to the end, the `id` column only), then
+    decode its first row with the card's features. Reading a stream to its end also keeps clear of a pyarrow hang
+    at exit after an abandoned Parquet stream (apache/arrow#45214)."""
+    import pyarrow.parquet as pq
+
     try:
-        first = next(iter(datasets.load_dataset(str(out), name, split=SPLIT, streaming=True)), None)
+        stream = datasets.load_dataset(str(out), name, split=SPLIT, streaming=True, columns=["id"])
+        if sum(1 for _ in stream) == 0:
+            return f"{name}: loads with no rows"
+        features = datasets.load_dataset_builder(str(out), name).info.features
+        first = next(pq.ParquetFile(shard_paths(out / name)[0]).iter_batches(batch_size=1)).to_pylist()[0]
+        features.decode_example(first)
     except Exception as error:  # whatever `datasets` raises is the finding
         return f"{name}: load_dataset fails: {type(error).__name__}: {error}"
-    if first is None:
-        return f"{name}: loads with no rows"
     return None
 
 

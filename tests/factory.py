@@ -29,12 +29,16 @@ LAYOUTS = ("zip", "zip-nested", "tar", "tar.gz", "tgz", "folder")
 JUNK = {"__MACOSX/._00000.png": b"\x00\x05\x16\x07", ".DS_Store": b"\x00\x00\x00\x01Bud1", "notes.txt": b"hello"}
 
 
-def make_image(id_: str, source: str, size: int = 32, fmt: str = "png") -> bytes:
-    """An image whose content depends on the ID (shared by all sources) plus a little source-specific noise."""
+def make_image(id_: str, source: str, size: int = 32, fmt: str = "png", grain: float = 0.0) -> bytes:
+    """An image whose content depends on the ID (shared by all sources) plus a little source-specific noise.
+    `grain` adds per-pixel noise, which gives files of realistic size (a photo does not compress like a gradient)."""
     base = np.random.default_rng(int(id_)).random((4, 4, 3))
-    noise = np.random.default_rng([int(id_), list(synmirror.SOURCES).index(source)]).random((4, 4, 3))
-    small = (0.85 * base + 0.15 * noise) * 255
-    image = Image.fromarray(small.astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    rng = np.random.default_rng([int(id_), list(synmirror.SOURCES).index(source)])
+    small = (0.85 * base + 0.15 * rng.random((4, 4, 3))) * 255
+    pixels = np.asarray(Image.fromarray(small.astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32)
+    if grain:
+        pixels += rng.normal(0, grain * 255, pixels.shape).astype(np.float32)
+    image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
     out = io.BytesIO()
     image.save(out, format={"jpg": "JPEG", "jpeg": "JPEG"}.get(fmt, fmt.upper()), quality=90)
     return out.getvalue()
@@ -60,6 +64,7 @@ def write_release(
     missing: Optional[dict[str, Sequence[str]]] = None,
     uncaptioned: Sequence[str] = (),
     size: int = 32,
+    grain: float = 0.0,
     junk: bool = True,
     captions_name: str = "captioin.json",
 ) -> Release:
@@ -75,7 +80,7 @@ def write_release(
     release = Release(root, captions, {}, {"captions": captions_path})
     for source, layout in layouts.items():
         fmt = FORMATS[source]
-        images = {id_: make_image(id_, source, size, fmt) for id_ in ids if id_ not in missing.get(source, ())}
+        images = {id_: make_image(id_, source, size, fmt, grain) for id_ in ids if id_ not in missing.get(source, ())}
         members = {member_name(id_, fmt, layout, source): data for id_, data in images.items()}
         if junk:
             members.update(JUNK)
