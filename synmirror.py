@@ -965,6 +965,48 @@ def export_order(configs: Iterable[str]) -> list[str]:
     return [name for name in CONFIG_NAMES if name in wanted]
 
 
+def discard_configs(out: Path, names: Iterable[str]) -> None:
+    """Remove configs from an export folder, finished or staged, so that they are written anew."""
+    for name in names:
+        shutil.rmtree(Path(out) / name, ignore_errors=True)
+        shutil.rmtree(Path(out) / _STAGING / name, ignore_errors=True)
+
+
+def write_export(out: Path, names: list[str], captions: dict[str, str],
+                 source_rows: Callable[[str, Optional[str]], Iterator[dict[str, Any]]], *,
+                 max_shard_bytes: int = MAX_SHARD_BYTES, card_body: Optional[str] = None,
+                 started: Optional[float] = None) -> ExportSummary:
+    """Write the configs `names` (in `export_order`) that `out` lacks: a source config from
+    `source_rows(source, start_after)`, `captions` from `captions`, `paired` joined from the written source
+    configs; then the card, then `validate_export`. Configs already in `out` are kept."""
+    started = time.perf_counter() if started is None else started
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [name for name in names if not (out / name).is_dir()]
+    for name in todo:
+        if name == PAIRED_CONFIG:
+            total = len(set(captions).union(*(read_ids(out / source) for source in SOURCES)))
+            rows_of = lambda source, start_after: read_rows(out / source)  # noqa: E731
+        else:
+            total = len(captions) if name == CAPTIONS_CONFIG else None
+            rows_of = source_rows
+        write_config(
+            out, name,
+            lambda start_after: config_rows(name, captions, lambda s: rows_of(s, start_after), start_after),
+            total=total, max_shard_bytes=max_shard_bytes,
+        )
+    shutil.rmtree(out / _STAGING, ignore_errors=True)
+    write_card(out, card_body)
+    validate_export(out)
+    return ExportSummary(
+        out=out,
+        written=todo,
+        kept=[name for name in names if name not in todo],
+        infos={name: config_info(out, name) for name in CONFIG_NAMES if (out / name).is_dir()},
+        reports=[compare_ids(s, captions, read_ids(out / s)) for s in SOURCES if (out / s).is_dir()],
+        seconds=time.perf_counter() - started,
+    )
+
+
 def export(out, configs: Iterable[str] = (), *, data_dir=None, urls: Optional[dict[str, str]] = None,
            captions_sha256: Optional[str] = None, cache_dir=None, overwrite: bool = False,
            max_shard_bytes: int = MAX_SHARD_BYTES) -> ExportSummary:
@@ -974,40 +1016,16 @@ def export(out, configs: Iterable[str] = (), *, data_dir=None, urls: Optional[di
     out = Path(out)
     names = export_order(configs)
     if overwrite:
-        for name in names:
-            shutil.rmtree(out / name, ignore_errors=True)
-            shutil.rmtree(out / _STAGING / name, ignore_errors=True)
-    todo = [name for name in names if not (out / name).is_dir()]
-    out.mkdir(parents=True, exist_ok=True)
+        discard_configs(out, names)
     config = SynMirrorConfig(name=PAIRED_CONFIG, data_dir=data_dir, urls=urls, captions_sha256=captions_sha256)
     dl_manager = datasets.DownloadManager(
         dataset_name="synmirror", download_config=datasets.DownloadConfig(cache_dir=cache_dir)
     )
-    files = fetch_files(config, dl_manager, [name for name in todo if name in SOURCES])
+    files = fetch_files(config, dl_manager, [name for name in names if name in SOURCES and not (out / name).is_dir()])
     captions = read_captions(files.captions)
-
-    def rows_of(source: str, start_after: Optional[str] = None) -> Iterator[dict[str, Any]]:
-        if (out / source).is_dir():  # written already (`paired` comes after its sources)
-            return read_rows(out / source)
-        return archive_rows(source, captions, files, start_after)
-
-    for name in todo:
-        total = len(set(captions).union(*(read_ids(out / s) for s in SOURCES))) if name == PAIRED_CONFIG else None
-        write_config(
-            out, name, lambda start_after: config_rows(name, captions, lambda s: rows_of(s, start_after), start_after),
-            total=total if name == PAIRED_CONFIG else (len(captions) if name == CAPTIONS_CONFIG else None),
-            max_shard_bytes=max_shard_bytes,
-        )
-    shutil.rmtree(out / _STAGING, ignore_errors=True)
-    write_card(out)
-    validate_export(out)
-    return ExportSummary(
-        out=out,
-        written=todo,
-        kept=[name for name in names if name not in todo],
-        infos={name: config_info(out, name) for name in CONFIG_NAMES if (out / name).is_dir()},
-        reports=[compare_ids(s, captions, read_ids(out / s)) for s in SOURCES if (out / s).is_dir()],
-        seconds=time.perf_counter() - started,
+    return write_export(
+        out, names, captions, lambda source, start_after: archive_rows(source, captions, files, start_after),
+        max_shard_bytes=max_shard_bytes, started=started,
     )
 
 

@@ -1,0 +1,92 @@
+"""Tiny random-weight models built from configs and saved like real checkpoints, for tests and benchmarks.
+
+Each is loaded back through the same `from_pretrained(path)` a real model id goes through. Recipes follow
+../shared/TINY-MODELS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+CHARACTERS = string.ascii_lowercase + string.digits + ",.'!-"
+
+
+def write_clip_tokenizer(folder: Path, **kwargs):
+    """A byte-level BPE tokenizer whose vocabulary is single characters (with and without `</w>`)."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for character in CHARACTERS:
+        vocab.setdefault(character, len(vocab))
+        vocab.setdefault(character + "</w>", len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=77, **kwargs)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def _text_encoder(tokenizer, with_projection=False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=77, vocab_size=len(tokenizer), projection_dim=32,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(8, 16), norm_num_groups=4, latent_channels=4, sample_size=32,
+                         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"))
+
+
+def build_tiny_sd(folder: Path) -> Path:
+    """An SD 2.1-like StableDiffusionPipeline (v-prediction DDIM), saved to `folder`."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    tokenizer = write_clip_tokenizer(folder / "_tokenizer", pad_token="!")
+    unet = UNet2DConditionModel(
+        sample_size=16, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(16, 32), layers_per_block=1,
+        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True,
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False)
+    pipeline = StableDiffusionPipeline(vae=_vae(), text_encoder=_text_encoder(tokenizer), tokenizer=tokenizer,
+                                       unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_sdxl(folder: Path) -> Path:
+    """An SDXL-like StableDiffusionXLPipeline (two text encoders, text_time conditioning), saved to `folder`."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    tokenizer = write_clip_tokenizer(folder / "_tokenizer", pad_token="!")
+    unet = UNet2DConditionModel(
+        sample_size=16, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(16, 32), layers_per_block=1,
+        norm_num_groups=8, transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        cross_attention_dim=64, projection_class_embeddings_input_dim=80,
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)
+    pipeline = StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=_text_encoder(tokenizer), text_encoder_2=_text_encoder(tokenizer, True),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler, add_watermarker=False,
+    )
+    pipeline.save_pretrained(folder)
+    return folder
