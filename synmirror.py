@@ -43,6 +43,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
@@ -684,6 +685,8 @@ class ShardWriter:
         self._writer = None
         self._batch: list[dict[str, Any]] = []
         self._payload = 0
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="ShardWriter")
+        self._writing: Optional[Future] = None  # the row group being written: at most one, so memory stays flat
 
     def write(self, row: dict[str, Any]) -> None:
         size = _payload_size(row)
@@ -698,12 +701,16 @@ class ShardWriter:
     def close(self) -> None:
         if self._payload:
             self._close_shard()
+        self._background.shutdown()
 
     def abort(self) -> None:
+        if self._writing is not None:
+            self._writing.exception()  # wait; its error, if any, is not the one being reported
         if self._writer is not None:
             self._writer.close()
             self._temporary().unlink(missing_ok=True)
-        self._writer, self._batch, self._payload = None, [], 0
+        self._writer, self._writing, self._batch, self._payload = None, None, [], 0
+        self._background.shutdown()
 
     def __enter__(self):
         return self
@@ -726,12 +733,20 @@ class ShardWriter:
                                             **get_parquet_column_options(self.features, self.schema))
             self._writer.add_key_value_metadata({"content_defined_chunking": json.dumps(cdc)})
         columns = {name: [row[name] for row in self._batch] for name in self.schema.names}
-        self._writer.write_table(pa.Table.from_pydict(columns, schema=self.schema), row_group_size=self.rows_per_group)
+        table = pa.Table.from_pydict(columns, schema=self.schema)
+        self._wait()
+        self._writing = self._background.submit(self._writer.write_table, table, row_group_size=self.rows_per_group)
         self._batch = []
+
+    def _wait(self) -> None:
+        if self._writing is not None:
+            self._writing.result()
+            self._writing = None
 
     def _close_shard(self) -> None:
         if self._batch:
             self._flush()
+        self._wait()
         self._writer.close()
         os.replace(self._temporary(), self.directory / f"{SPLIT}-{self.shard:05d}.parquet")
         self._writer, self._payload, self.shard = None, 0, self.shard + 1
