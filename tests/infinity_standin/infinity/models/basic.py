@@ -1,0 +1,1 @@
+SIDE = 2  # pixels per token side in the stand-in
