@@ -22,10 +22,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     export.add_argument("workdir", type=Path)
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--overwrite", action="store_true", help="rewrite configs already in --out")
+    add_stats_command(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             return run_generate(args)
+        if args.command == "stats":
+            return run_stats(args)
         from .generate import export_workdir
 
         print(export_workdir(args.workdir, args.out, overwrite=args.overwrite).table())
@@ -150,6 +153,89 @@ def run_generate(args) -> int:
     if state.is_main_process:
         held = written_ids(folder) & set(ids)
         print(f"{args.source}: {len(held)} of {len(ids)} requested IDs are in {folder}")
+    return 0
+
+
+FIGURES = Path(__file__).resolve().parents[1] / "dataset_card" / "figures"  # where the card picks them up
+
+
+def add_stats_command(commands) -> None:
+    from .demographics import DEFAULT_AGE_MODEL, DEFAULT_GENDER_MODEL
+    from .embed import DEFAULT_CLIP
+
+    stats = commands.add_parser("stats", help="measure sources: CLIP distances, demographics, a sample grid")
+    which = stats.add_subparsers(dest="stat", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dataset", default="synmirror", help="an export folder or Hub id (default: ./synmirror)")
+    common.add_argument("--figures", type=Path, default=FIGURES, help=f"where figures go (default: {FIGURES})")
+    sources = argparse.ArgumentParser(add_help=False)
+    sources.add_argument("--configs", default=",".join(synmirror.SOURCES), help="source configs, comma-separated")
+    cache = argparse.ArgumentParser(add_help=False)
+    cache.add_argument("--cache", type=Path, default=Path("embeddings"), help="the embeddings cache (./embeddings)")
+
+    embed = which.add_parser("embed", parents=[common, sources, cache], help="CLIP image embeddings, cached")
+    embed.add_argument("--model", default=DEFAULT_CLIP)
+    embed.add_argument("--batch-size", type=int, default=64)
+    distance = which.add_parser("clip-distance", parents=[common, sources, cache],
+                                help="upstream's 8-group box plot, with ROC-AUC, recall@k, d' and bootstrap intervals")
+    distance.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    distance.add_argument("--seed", type=int, default=0)
+    distance.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    people = which.add_parser("demographics", parents=[common, sources], help="age and gender per source")
+    people.add_argument("--age-model", default=DEFAULT_AGE_MODEL)
+    people.add_argument("--gender-model", default=DEFAULT_GENDER_MODEL)
+    people.add_argument("--labels", type=Path, help="a precomputed labels CSV (config,id,age,gender) instead")
+    people.add_argument("--batch-size", type=int, default=32)
+    grid = which.add_parser("grid", parents=[common], help="a sample grid: one row per ID, one column per source")
+    grid.add_argument("--ids", help="comma-separated IDs (default: --count drawn at random)")
+    grid.add_argument("--count", type=int, default=4)
+    grid.add_argument("--seed", type=int, default=0)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_stats(args) -> int:
+    configs = args.configs.split(",") if hasattr(args, "configs") else []
+    if args.stat == "embed":
+        from accelerate import PartialState
+
+        from .embed import ClipEmbedder, embed_config
+
+        state = PartialState(cpu=not _cuda())
+        embedder = ClipEmbedder(args.model, state.device, args.batch_size)
+        for config in configs:
+            embed_config(embedder, args.dataset, config, args.cache, rank=state.process_index,
+                         world=state.num_processes)
+        state.wait_for_everyone()
+    elif args.stat == "clip-distance":
+        from .distances import clip_distance_report
+        from .embed import load_embeddings
+
+        embeddings = {config: load_embeddings(args.cache, config) for config in configs}
+        report = clip_distance_report(embeddings, args.figures, resamples=args.resamples, seed=args.seed,
+                                      device=args.device)
+        print(json.dumps({pair: {k: v for k, v in values.items() if k != "ci95"}
+                          for pair, values in report["pairs"].items()}, indent=2))
+    elif args.stat == "demographics":
+        from .demographics import classify, estimator_note, read_labels, report
+
+        if args.labels:
+            rows = [row for row in read_labels(args.labels) if row["config"] in configs]
+            note = f"Labels from {args.labels.name}, not upstream's DeepFace unless that file says so."
+        else:
+            rows = list(classify(args.dataset, configs, args.age_model, args.gender_model,
+                                 batch_size=args.batch_size))
+            note = estimator_note(args.age_model, args.gender_model)
+        print(json.dumps(report(rows, args.figures, note)["sources"], indent=2))
+    else:
+        from .grid import sample_grid
+
+        ids = [synmirror.format_id(int(i)) for i in args.ids.split(",")] if args.ids else None
+        print(sample_grid(args.dataset, args.figures / "sample.png", ids=ids, count=args.count, seed=args.seed))
     return 0
 
 

@@ -3,10 +3,12 @@
 import io
 import json
 import os
+import shutil
 import tarfile
 import zipfile
 
 import pytest
+from PIL import Image
 
 import synmirror
 from factory import DRIVE_QUOTA_PAGE, add_tar_member, make_image, png_header_only, truncate, write_members
@@ -94,7 +96,7 @@ def test_file_that_is_not_an_image(release, build, layout):
     members = {f"{i}.webp": made.images["infinity"][i] for i in ("00000", "00002")}
     members["00001.webp"] = b"this is not a webp"
     for path in made.root.glob("infinity*"):
-        path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
+        path.unlink() if path.is_file() else shutil.rmtree(path)
     write_members(made.root, "infinity", layout, members)
     with pytest.raises(Error, match=r"'00001.webp' \(ID 00001\) is not a usable image.*Replace or remove"):
         build("infinity", data_dir=str(made.root))
@@ -112,7 +114,7 @@ def test_image_declaring_too_many_pixels(tmp_path, build):
 def test_image_in_another_format(tmp_path, build):
     data_dir = tmp_path / "data"
     gif = io.BytesIO()
-    __import__("PIL.Image").Image.new("RGB", (4, 4)).save(gif, format="GIF")
+    Image.new("RGB", (4, 4)).save(gif, format="GIF")
     write_members(data_dir, "nat", "folder", {"00000.png": gif.getvalue()})
     (data_dir / "caption.json").write_text(json.dumps({"00000": "a"}))
     with pytest.raises(Error, match=r"\(ID 00000\) is not a usable image: it is GIF"):

@@ -90,3 +90,36 @@ def build_tiny_sdxl(folder: Path) -> Path:
     )
     pipeline.save_pretrained(folder)
     return folder
+
+
+def build_tiny_clip(folder: Path) -> Path:
+    """A CLIPModel with its CLIPProcessor (32 px images), saved to `folder`."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    tokenizer = write_clip_tokenizer(folder / "_tokenizer")
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_classifier(folder: Path, labels: list[str], force: str | None = None) -> Path:
+    """A ViTForImageClassification over `labels` (32 px), saved to `folder`; `force` makes it always answer that."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, initializer_range=0.5, id2label=dict(enumerate(labels)),
+                       label2id={label: i for i, label in enumerate(labels)})
+    model = ViTForImageClassification(config)
+    if force is not None:
+        with torch.no_grad():
+            model.classifier.bias[labels.index(force)] = 1e4
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
