@@ -515,7 +515,7 @@ def source_rows(source: Source, captions: dict[str, str], images: list[ImageFile
     """Rows of a source config, in ID order, from `start_after` on (exclusive)."""
     provenance = dict.fromkeys(PROVENANCE, None) | {"model": source.model}
     for image in images:
-        if start_after is not None and image.id <= start_after:
+        if not _after(image.id, start_after):
             continue
         where = f"{archive}: {image.name!r} (ID {image.id})"
         try:
@@ -644,8 +644,11 @@ class SynMirror(datasets.GeneratorBasedBuilder):
 # ---------------------------------------------------------------------------------------------------------------
 
 MAX_SHARD_BYTES = 500 * 10**6
-IMAGE_ROWS_PER_GROUP = 100  # the Hub viewer reads a row group whole
+IMAGE_ROWS_PER_GROUP = 100  # the Hub viewer reads a row group whole...
+VIEWER_ROW_GROUP_BYTES = 300 * 10**6  # ...and refuses one over this
+ROW_GROUP_BYTES = 100 * 10**6  # so a row group also closes here (`paired` rows hold four images)
 TEXT_ROWS_PER_GROUP = 10_000
+READ_BATCH_ROWS = 16  # rows read back at a time: a few images per source in memory
 SPLIT = "train"
 _SHARD = re.compile(rf"{SPLIT}-(\d{{5}})(?:-of-(\d{{5}}))?\.parquet")
 _STAGING = ".incomplete"  # hidden: `datasets` never takes files under a dot-folder for data
@@ -684,6 +687,7 @@ class ShardWriter:
         self.rows = 0
         self._writer = None
         self._batch: list[dict[str, Any]] = []
+        self._batch_payload = 0
         self._payload = 0
         self._background = ThreadPoolExecutor(1, thread_name_prefix="ShardWriter")
         self._writing: Optional[Future] = None  # the row group being written: at most one, so memory stays flat
@@ -693,9 +697,10 @@ class ShardWriter:
         if self._payload and self._payload + size > self.max_payload:
             self._close_shard()
         self._batch.append(row)
+        self._batch_payload += size
         self._payload += size
         self.rows += 1
-        if len(self._batch) == self.rows_per_group:
+        if len(self._batch) == self.rows_per_group or self._batch_payload >= ROW_GROUP_BYTES:
             self._flush()
 
     def close(self) -> None:
@@ -709,7 +714,7 @@ class ShardWriter:
         if self._writer is not None:
             self._writer.close()
             self._temporary().unlink(missing_ok=True)
-        self._writer, self._writing, self._batch, self._payload = None, None, [], 0
+        self._writer, self._writing, self._batch, self._batch_payload, self._payload = None, None, [], 0, 0
         self._background.shutdown()
 
     def __enter__(self):
@@ -735,8 +740,8 @@ class ShardWriter:
         columns = {name: [row[name] for row in self._batch] for name in self.schema.names}
         table = pa.Table.from_pydict(columns, schema=self.schema)
         self._wait()
-        self._writing = self._background.submit(self._writer.write_table, table, row_group_size=self.rows_per_group)
-        self._batch = []
+        self._writing = self._background.submit(self._writer.write_table, table, row_group_size=len(self._batch))
+        self._batch, self._batch_payload = [], 0
 
     def _wait(self) -> None:
         if self._writing is not None:
@@ -765,12 +770,14 @@ def _payload_size(row: dict[str, Any]) -> int:
 
 
 def read_rows(directory: Path, columns: Optional[list[str]] = None) -> Iterator[dict[str, Any]]:
-    """The rows of a config folder in order, a row group at a time."""
+    """The rows of a config folder in order, one row group in memory at a time (`iter_batches` reads ahead)."""
     import pyarrow.parquet as pq
 
     for shard in shard_paths(directory):
-        for batch in pq.ParquetFile(shard).iter_batches(batch_size=IMAGE_ROWS_PER_GROUP, columns=columns):
-            yield from batch.to_pylist()
+        parquet = pq.ParquetFile(shard)
+        for index in range(parquet.num_row_groups):
+            for batch in parquet.read_row_group(index, columns=columns).to_batches(max_chunksize=READ_BATCH_ROWS):
+                yield from batch.to_pylist()
 
 
 def read_ids(directory: Path) -> list[str]:
@@ -906,9 +913,13 @@ def _config_problems(out: Path, name: str, meta: dict, info, pq) -> list[str]:
         else:
             features = datasets.Features.from_dict(json.loads(metadata[b"huggingface"])["info"]["features"])
         limit = rows_per_group(features) if features else IMAGE_ROWS_PER_GROUP
-        largest = max((footer.row_group(i).num_rows for i in range(footer.num_row_groups)), default=0)
+        groups = [footer.row_group(i) for i in range(footer.num_row_groups)]
+        largest = max((group.num_rows for group in groups), default=0)
         if largest > limit:
             problems.append(f"{where}: a row group of {largest} rows, over the {limit} the viewer can read")
+        heaviest = max((group.total_byte_size for group in groups), default=0)
+        if heaviest > VIEWER_ROW_GROUP_BYTES:
+            problems.append(f"{where}: a row group of {heaviest} bytes, over the {VIEWER_ROW_GROUP_BYTES} the viewer reads")
         if footer.num_row_groups and not footer.row_group(0).column(0).has_offset_index:
             problems.append(f"{where}: no page index")
         rows += footer.num_rows
@@ -989,11 +1000,12 @@ def discard_configs(out: Path, names: Iterable[str]) -> None:
 
 def write_export(out: Path, names: list[str], captions: dict[str, str],
                  source_rows: Callable[[str, Optional[str]], Iterator[dict[str, Any]]], *,
-                 max_shard_bytes: int = MAX_SHARD_BYTES, card_body: Optional[str] = None,
+                 max_shard_bytes: int = MAX_SHARD_BYTES, card_body: Optional[Callable[[Path], str]] = None,
                  started: Optional[float] = None) -> ExportSummary:
     """Write the configs `names` (in `export_order`) that `out` lacks: a source config from
     `source_rows(source, start_after)`, `captions` from `captions`, `paired` joined from the written source
-    configs; then the card, then `validate_export`. Configs already in `out` are kept."""
+    configs; then the card (its body `card_body(out)`, or a short description), then `validate_export`. Configs
+    already in `out` are kept."""
     started = time.perf_counter() if started is None else started
     out.mkdir(parents=True, exist_ok=True)
     todo = [name for name in names if not (out / name).is_dir()]
@@ -1010,7 +1022,7 @@ def write_export(out: Path, names: list[str], captions: dict[str, str],
             total=total, max_shard_bytes=max_shard_bytes,
         )
     shutil.rmtree(out / _STAGING, ignore_errors=True)
-    write_card(out, card_body)
+    write_card(out, card_body(out) if card_body else None)
     validate_export(out)
     return ExportSummary(
         out=out,

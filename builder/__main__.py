@@ -12,6 +12,8 @@ from typing import Optional
 
 import synmirror
 
+from .card import FIGURES
+
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -22,6 +24,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     export.add_argument("workdir", type=Path)
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--overwrite", action="store_true", help="rewrite configs already in --out")
+    export.add_argument("--repo", default="<namespace>/synmirror", help="the Hub id the card's examples load")
+    export.add_argument("--figures", type=Path, default=FIGURES, help="figures to show on the card")
     add_stats_command(commands)
     args = parser.parse_args(argv)
     try:
@@ -29,9 +33,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             return run_generate(args)
         if args.command == "stats":
             return run_stats(args)
+        from .card import render_body
         from .generate import export_workdir
 
-        print(export_workdir(args.workdir, args.out, overwrite=args.overwrite).table())
+        summary = export_workdir(args.workdir, args.out, overwrite=args.overwrite,
+                                 card_body=lambda out: render_body(out, args.repo, args.figures))
+        print(summary.table())
         return 0
     except synmirror.SynMirrorError as error:
         print(f"builder: error: {error}", file=sys.stderr)
@@ -156,7 +163,6 @@ def run_generate(args) -> int:
     return 0
 
 
-FIGURES = Path(__file__).resolve().parents[1] / "dataset_card" / "figures"  # where the card picks them up
 
 
 def add_stats_command(commands) -> None:

@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from datasets.utils import tqdm
@@ -184,7 +184,8 @@ def timed(facts: dict, written: int, started: float) -> dict:
             "images": written, "seconds": round(seconds, 3), "images_per_second": round(written / seconds, 4)}
 
 
-def export_workdir(workdir: Path, out: Path, *, overwrite: bool = False) -> synmirror.ExportSummary:
+def export_workdir(workdir: Path, out: Path, *, overwrite: bool = False,
+                   card_body: Optional[Callable[[Path], str]] = None) -> synmirror.ExportSummary:
     """Write the sources of a work folder, with its captions, as configs of an export folder (the same writer,
     card and validator as `synmirror download`); `paired` too when every source is there."""
     captions = synmirror.read_captions(str(workdir / "captions.json"))
@@ -197,4 +198,5 @@ def export_workdir(workdir: Path, out: Path, *, overwrite: bool = False) -> synm
     names = synmirror.export_order(wanted)
     if overwrite:
         synmirror.discard_configs(out, names)
-    return synmirror.write_export(out, names, captions, lambda source, after: workdir_rows(workdir / source, after))
+    return synmirror.write_export(out, names, captions, lambda source, after: workdir_rows(workdir / source, after),
+                                  card_body=card_body)

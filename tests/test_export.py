@@ -242,3 +242,20 @@ def test_rerun_keeps_complete_configs_and_overwrite_rewrites(release, tmp_path):
     assert synmirror.export(out, ["sdxl"], data_dir=made.root, cache_dir=tmp_path / "c",
                             overwrite=True).written == ["sdxl"]
     assert sorted(datasets.get_dataset_config_names(str(out))) == ["captions", "sdxl"]
+
+
+def test_heavy_rows_close_row_groups_by_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(synmirror, "ROW_GROUP_BYTES", 50_000)  # as 100 MB is to paired rows of four large images
+    features = synmirror.config_features("captions")
+    rows = [{"id": synmirror.format_id(i), "caption": "x" * 10_000} for i in range(30)]
+    with synmirror.ShardWriter(tmp_path, features) as writer:
+        for row in rows:
+            writer.write(row)
+    footer = pq.ParquetFile(synmirror.shard_paths(tmp_path)[0]).metadata
+    assert [footer.row_group(i).num_rows for i in range(footer.num_row_groups)] == [5] * 6
+    assert list(synmirror.read_rows(tmp_path)) == rows
+
+
+def test_validator_rejects_a_row_group_the_viewer_cannot_read(valid_copy, monkeypatch):
+    monkeypatch.setattr(synmirror, "VIEWER_ROW_GROUP_BYTES", 1000)
+    assert "bytes, over the 1000 the viewer reads" in problems(valid_copy, load=False)

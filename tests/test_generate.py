@@ -207,3 +207,18 @@ def test_infinity_refuses_batches(tmp_path):
     settings.batch_size = 4
     with pytest.raises(GeneratorError, match="one image at a time"):
         InfinityGenerator(settings, torch.device("cpu"))
+
+
+def test_export_renders_the_card_with_the_figures(tmp_path, models, captions):
+    workdir = tmp_path / "work"
+    run("sd", workdir, models, captions, "--ids", "0-2")
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    Image.new("RGB", (8, 8)).save(figures / "clip_distance.png")
+    args = ["export", str(workdir), "--out", str(tmp_path / "out"), "--repo", "someone/synmirror",
+            "--figures", str(figures)]
+    assert builder_main(args) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert 'load_dataset("someone/synmirror", "sdxl"' in card and "- `sd`: Stable Diffusion 2.1" in card
+    assert "![CLIP (openai/clip-vit-base-patch32)" in card and (tmp_path / "out" / "figures" / "clip_distance.png").is_file()
+    synmirror.validate_export(tmp_path / "out")
