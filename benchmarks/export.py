@@ -6,7 +6,8 @@
   (read every archive member once, write its bytes once to one file; twice for the full export, which stores each
   image in its source config and again in `paired`) and against the by-hand path (unzip, `imagefolder`, join the
   captions, embed the images as `push_to_hub` does, `to_parquet`).
-- memory: peak RSS of the full export at N/4 and N images per source.
+- memory: peak RSS (and peak Arrow allocation) of the full export at N/4 and N images per source, each in a fresh
+  process run first.
 - loading: iterating decoded images from `load_dataset(out, cfg)` against PIL decoding the same bytes in a loop.
 Every figure is a ratio of two timings taken in this run, on this machine.
 """
@@ -79,7 +80,9 @@ def run_export(data: Path, out: Path, configs: list[str]) -> dict:
     code = (
         "import json, resource, sys, time, synmirror; t = time.perf_counter(); "
         f"code = synmirror.main(['download', *{configs!r}, '--data-dir', {str(data)!r}, '--out', {str(out)!r}]); "
-        "print(json.dumps({'seconds': time.perf_counter() - t, 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))"
+        "import pyarrow; print(json.dumps({'seconds': time.perf_counter() - t, "
+        "'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "
+        "'arrow': pyarrow.default_memory_pool().max_memory()}))"
     )
     env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -145,6 +148,9 @@ def main() -> None:
     out = args.work / "out"
 
     rows = []
+    # Memory first, each in a fresh process before the page cache fills with this run's files.
+    quarter = run_export(small, args.work / "out-small", [])
+    whole = run_export(big, out, [])
     one = run_export(big, out, ["sdxl"])
     floor_one = io_floor([big / "sdxl.zip"], args.work / "floor.bin")
     hand = by_hand(big, args.work / "by-hand", "sdxl")
@@ -161,9 +167,10 @@ def main() -> None:
                  f"{decode / mapped:.2f}x floor"))
     rows.append(("stream `sdxl`, decode each image", f"{n / streamed:.0f} img/s", f"PIL floor {n / decode:.0f} img/s",
                  f"{decode / streamed:.2f}x floor"))
-    quarter = run_export(small, args.work / "out-small", [])
-    rows.append(("peak RSS, all configs", f"{full['rss'] / 2**20:.0f} MB at {n}/source",
-                 f"{quarter['rss'] / 2**20:.0f} MB at {n // 4}/source", f"{full['rss'] / quarter['rss']:.2f}x"))
+    rows.append(("peak RSS, all configs", f"{whole['rss'] / 2**20:.0f} MB at {n}/source",
+                 f"{quarter['rss'] / 2**20:.0f} MB at {n // 4}/source", f"{whole['rss'] / quarter['rss']:.2f}x"))
+    rows.append(("peak Arrow memory, all configs", f"{whole['arrow'] / 2**20:.0f} MB at {n}/source",
+                 f"{quarter['arrow'] / 2**20:.0f} MB at {n // 4}/source", f"{whole['arrow'] / quarter['arrow']:.2f}x"))
 
     print(f"\n{n} IDs per source, {total_bytes / 1e9:.2f} GB of archives; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}\n")
