@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 CHARACTERS = string.ascii_lowercase + string.digits + ",.'!-"
+TINY_UNET = dict(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
+                 attention_head_dim=(2, 4), use_linear_projection=True)
 
 
 def write_clip_tokenizer(folder: Path, **kwargs):
@@ -55,11 +57,8 @@ def build_tiny_sd(folder: Path) -> Path:
 
     torch.manual_seed(0)
     tokenizer = write_clip_tokenizer(folder / "_tokenizer", pad_token="!")
-    unet = UNet2DConditionModel(
-        sample_size=16, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(16, 32), layers_per_block=1,
-        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True,
-    )
+    unet = UNet2DConditionModel(**TINY_UNET, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False)
     pipeline = StableDiffusionPipeline(vae=_vae(), text_encoder=_text_encoder(tokenizer), tokenizer=tokenizer,
@@ -75,12 +74,11 @@ def build_tiny_sdxl(folder: Path) -> Path:
 
     torch.manual_seed(0)
     tokenizer = write_clip_tokenizer(folder / "_tokenizer", pad_token="!")
-    unet = UNet2DConditionModel(
-        sample_size=16, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(16, 32), layers_per_block=1,
-        norm_num_groups=8, transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-        cross_attention_dim=64, projection_class_embeddings_input_dim=80,
+    unet = UNet2DConditionModel(  # cross attention sees both encoders (32 + 32); 80 = 6 x 8 time ids + 32 pooled
+        **TINY_UNET, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time", addition_time_embed_dim=8, cross_attention_dim=64,
+        projection_class_embeddings_input_dim=80,
     )
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        timestep_spacing="leading", steps_offset=1)
