@@ -1,4 +1,4 @@
-"""python -m builder {generate,export} ... (see --help of each)."""
+"""python -m builder {generate,export,stats} ... (see --help of each)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+
 import synmirror
 
-from .card import FIGURES
+from .card import FIGURES, render_body
+from .generate import export_workdir, generate, run_facts, timed, write_manifest, written_ids
+from .generators import GENERATORS, GeneratorError
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -29,32 +35,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     add_stats_command(commands)
     args = parser.parse_args(argv)
     try:
-        if args.command == "generate":
-            return run_generate(args)
-        if args.command == "stats":
-            return run_stats(args)
-        from .card import render_body
-        from .generate import export_workdir
-
-        summary = export_workdir(args.workdir, args.out, overwrite=args.overwrite,
-                                 card_body=lambda out: render_body(out, args.repo, args.figures))
-        print(summary.table())
-        return 0
-    except synmirror.SynMirrorError as error:
+        return {"generate": run_generate, "stats": run_stats, "export": run_export}[args.command](args)
+    except (synmirror.SynMirrorError, GeneratorError) as error:
         print(f"builder: error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:
-        from .generators import GeneratorError
 
-        if isinstance(error, GeneratorError):
-            print(f"builder: error: {error}", file=sys.stderr)
-            return 2
-        raise
+
+def run_export(args) -> int:
+    summary = export_workdir(args.workdir, args.out, overwrite=args.overwrite,
+                             card_body=lambda out: render_body(out, args.repo, args.figures))
+    print(summary.table())
+    return 0
 
 
 def add_generate_command(commands, argv: list[str]) -> None:
-    from .generators import GENERATORS
-
     generate = commands.add_parser(
         "generate", help="render captions with a generator into a work folder (resumable, many GPUs)",
         description="Render captions into WORKDIR/<source>/. Run with `python -m builder` on one device, or with "
@@ -128,21 +122,18 @@ def keep_captions(workdir: Path, captions: dict[str, str]) -> None:
     synmirror.write_atomically(path, json.dumps(captions, ensure_ascii=False).encode())
 
 
+def accelerate_state() -> PartialState:
+    """This process's place in an `accelerate launch` (or a world of one). On machines without a GPU, processes
+    started by `accelerate launch --multi_gpu` (torchrun) meet over gloo."""
+    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def run_generate(args) -> int:
-    from accelerate import PartialState
-
-    from .generate import generate, run_facts, timed, write_manifest, written_ids
-    from .generators import GENERATORS
-
     spec = GENERATORS[args.source]
     settings = dataclasses.replace(spec.defaults, **{
         field.name: getattr(args, field.name) for field in dataclasses.fields(spec.defaults)
     })
-    import torch
-    from accelerate.utils import parse_flag_from_env
-
-    # On machines without a GPU, processes started by `accelerate launch --multi_gpu` (torchrun) meet over gloo.
-    state = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = accelerate_state()
     captions = load_captions(args)
     ids = parse_ids(args.ids, captions)[: args.limit]
     if state.is_main_process:
@@ -186,7 +177,7 @@ def add_stats_command(commands) -> None:
                                 help="upstream's 8-group box plot, with ROC-AUC, recall@k, d' and bootstrap intervals")
     distance.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     distance.add_argument("--seed", type=int, default=0)
-    distance.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    distance.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     people = which.add_parser("demographics", parents=[common, sources], help="age and gender per source")
     people.add_argument("--age-model", default=DEFAULT_AGE_MODEL)
     people.add_argument("--gender-model", default=DEFAULT_GENDER_MODEL)
@@ -198,20 +189,12 @@ def add_stats_command(commands) -> None:
     grid.add_argument("--seed", type=int, default=0)
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def run_stats(args) -> int:
     configs = args.configs.split(",") if hasattr(args, "configs") else []
     if args.stat == "embed":
-        from accelerate import PartialState
-
         from .embed import ClipEmbedder, embed_config
 
-        state = PartialState(cpu=not _cuda())
+        state = accelerate_state()
         embedder = ClipEmbedder(args.model, state.device, args.batch_size)
         for config in configs:
             embed_config(embedder, args.dataset, config, args.cache, rank=state.process_index,
