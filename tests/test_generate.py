@@ -222,3 +222,16 @@ def test_export_renders_the_card_with_the_figures(tmp_path, models, captions):
     assert 'load_dataset("someone/synmirror", "sdxl"' in card and "- `sd`: Stable Diffusion 2.1" in card
     assert "![CLIP (openai/clip-vit-base-patch32)" in card and (tmp_path / "out" / "figures" / "clip_distance.png").is_file()
     synmirror.validate_export(tmp_path / "out")
+
+
+def test_ids_from_ranges_lists_and_files(tmp_path):
+    from builder.__main__ import parse_ids
+
+    captions = {synmirror.format_id(i): "c" for i in range(20)}
+    assert parse_ids("3-5,9", captions) == ["00003", "00004", "00005", "00009"]
+    listing = tmp_path / "ids.txt"
+    listing.write_text("00001\n7\n10-11\n")
+    assert parse_ids(str(listing), captions) == ["00001", "00007", "00010", "00011"]
+    assert parse_ids(None, captions) == list(captions)
+    with pytest.raises(synmirror.SynMirrorError, match="1 requested IDs have no caption, e.g. \\['00020'\\]"):
+        parse_ids("19-20", captions)
