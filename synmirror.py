@@ -396,7 +396,9 @@ def _zip_entries(path: str) -> Iterator[tuple[str, Callable[[], bytes]]]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
-        raise SynMirrorError(f"{path} is a damaged or truncated zip ({error}). Delete it and download it again.")
+        raise SynMirrorError(
+            f"{path} is a damaged or truncated zip ({error}). Delete it and download it again."
+        ) from error
     for info in archive.infolist():
         problem = _entry_problem(info.filename)
         if problem is None and stat.S_ISLNK(info.external_attr >> 16):
@@ -414,8 +416,8 @@ def extract_tar(path: str, work_dir: str) -> str:
     target = os.path.join(work_dir, f"{os.path.basename(path)}-{key}")
     if os.path.isdir(target):
         return target
-    partial = f"{target}.incomplete-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = f"{target}.incomplete"
+    shutil.rmtree(partial, ignore_errors=True)  # what a killed run left
     try:
         with tarfile.open(path, "r|*") as archive:  # one sequential pass, compressed or not
             for member in archive:
@@ -431,7 +433,9 @@ def extract_tar(path: str, work_dir: str) -> str:
                         shutil.copyfileobj(source, out, 1 << 20)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         shutil.rmtree(partial, ignore_errors=True)
-        raise SynMirrorError(f"{path} is a damaged or truncated archive ({error}). Delete it and download it again.")
+        raise SynMirrorError(
+            f"{path} is a damaged or truncated archive ({error}). Delete it and download it again."
+        ) from error
     except SynMirrorError:
         shutil.rmtree(partial, ignore_errors=True)
         raise
