@@ -1052,8 +1052,12 @@ def export(out, configs: Iterable[str] = (), *, data_dir=None, urls: Optional[di
     dl_manager = datasets.DownloadManager(
         dataset_name="synmirror", download_config=datasets.DownloadConfig(cache_dir=cache_dir)
     )
-    files = fetch_files(config, dl_manager, [name for name in names if name in SOURCES and not (out / name).is_dir()])
-    captions = read_captions(files.captions)
+    missing_sources = [name for name in names if name in SOURCES and not (out / name).is_dir()]
+    if missing_sources or not (out / CAPTIONS_CONFIG).is_dir():
+        files = fetch_files(config, dl_manager, missing_sources)
+        captions = read_captions(files.captions)
+    else:  # nothing to download: the exported captions are the ones fetched before
+        files, captions = None, {row["id"]: row["caption"] for row in read_rows(out / CAPTIONS_CONFIG)}
     return write_export(
         out, names, captions, lambda source, start_after: archive_rows(source, captions, files, start_after),
         max_shard_bytes=max_shard_bytes, started=started,

@@ -259,3 +259,13 @@ def test_heavy_rows_close_row_groups_by_bytes(tmp_path, monkeypatch):
 def test_validator_rejects_a_row_group_the_viewer_cannot_read(valid_copy, monkeypatch):
     monkeypatch.setattr(synmirror, "VIEWER_ROW_GROUP_BYTES", 1000)
     assert "bytes, over the 1000 the viewer reads" in problems(valid_copy, load=False)
+
+
+def test_rerun_with_nothing_to_write_needs_no_network(release, tmp_path):
+    made = release(ids=4)
+    out = tmp_path / "out"
+    synmirror.export(out, ["sdxl", "captions", "paired"], data_dir=made.root, cache_dir=tmp_path / "c")
+    unreachable = {name: "http://127.0.0.1:9/x" for name in [*SOURCES, "captions"]}
+    again = synmirror.export(out, ["sdxl", "captions", "paired"], urls=unreachable, cache_dir=tmp_path / "c")
+    assert again.written == [] and "paired" in again.kept
+    assert [report.captions_without_image for report in again.reports] == [[]] * 4
