@@ -1,5 +1,6 @@
 import functools
 import http.server
+import socket
 import threading
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import synmirror
 from factory import write_release
 
 SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a process group's rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import synmirror
+from conftest import free_port
 from builder.__main__ import main as builder_main
 from builder.generate import (chunk_folders, export_workdir, generate, plan, seed_for, workdir_rows,
                               written_ids)
@@ -119,6 +120,7 @@ def test_two_processes_under_accelerate_split_the_work(tmp_path, models, caption
     # `--multi_gpu` makes accelerate start the processes through torchrun; without a GPU they run on the CPU.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()),
               "-m", "builder", "generate", "--source", "sd", "--out", str(workdir), "--captions", str(captions),
               "--model", str(models["sd"]), *TINY, "--limit", "30", "--chunk-size", "4"]
     result = subprocess.run(launch, capture_output=True, text=True, timeout=300)

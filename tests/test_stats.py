@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import synmirror
+from conftest import free_port
 from builder.__main__ import main as builder_main
 from builder.demographics import age_bin, gender
 from builder.distances import align, bootstrap, cosine_distance, derangement, groups, pair_measures, scan_pair
@@ -78,7 +79,8 @@ def test_embedding_resumes_with_only_what_is_missing(exported, clip, embedded, t
 
 def test_embedding_splits_across_accelerate_processes(exported, clip, tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "builder", "stats",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), "-m", "builder", "stats",
               "embed", "--dataset", str(exported[1]), "--cache", str(tmp_path), "--model", str(clip),
               "--configs", "sdxl", "--batch-size", "4"]
     result = subprocess.run(launch, capture_output=True, text=True, timeout=300)
