@@ -673,10 +673,11 @@ class ShardWriter:
     """Writes rows, in order, to Parquet shards `train-00000.parquet`, `train-00001.parquet`, ... of `directory`.
 
     Rows are in storage form (an image is `{"bytes", "path"}`, written as given). The files are what `datasets`
-    writes (its features in the schema, its per-column encodings, content-defined chunking, a page index), with at
-    most `rows_per_group(features)` rows per row group; rows are converted a row group at a time, column by column.
-    A shard is written under a temporary name and renamed once closed, so a shard that exists is whole. A new
-    shard starts before the current one would pass `max_shard_bytes`.
+    writes (its features in the schema, its per-column encodings, content-defined chunking, a page index). A row
+    group holds at most `rows_per_group(features)` rows and closes at about ROW_GROUP_BYTES; rows are converted a
+    row group at a time, column by column, and a background thread writes one row group while the next is gathered
+    (pyarrow releases the GIL). A shard is written under a temporary name and renamed once closed, so a shard that
+    exists is whole. A new shard starts before the current one would pass `max_shard_bytes`.
     """
 
     def __init__(self, directory: Path, features: datasets.Features, *, max_shard_bytes: int = MAX_SHARD_BYTES,

@@ -17,7 +17,7 @@ from accelerate.utils import parse_flag_from_env
 import synmirror
 
 from .card import FIGURES, render_body
-from .generate import export_workdir, generate, run_facts, timed, write_manifest, written_ids
+from .generate import CHUNK, export_workdir, generate, run_facts, timed, write_manifest, written_ids
 from .generators import GENERATORS, GeneratorError
 
 
@@ -62,7 +62,7 @@ def add_generate_command(commands, argv: list[str]) -> None:
     generate.add_argument("--captions", type=Path, help="the captions JSON (default: --data-dir, else upstream)")
     generate.add_argument("--data-dir", help="a folder holding caption.json (as for `synmirror download`)")
     generate.add_argument("--seed", type=int, default=0, help="the base seed (see builder.generate.seed_for)")
-    generate.add_argument("--chunk-size", type=int, default=100, help="IDs per chunk, the unit of work and resume")
+    generate.add_argument("--chunk-size", type=int, default=CHUNK, help="IDs per chunk, the unit of work and resume")
     source = _peek(argv, "--source")  # its generator's settings become flags
     if source in GENERATORS:
         add_settings_arguments(generate, GENERATORS[source].defaults)

@@ -68,12 +68,11 @@ def save_part(folder: Path, ids: list[str], vectors: np.ndarray) -> None:
 def image_rows(dataset: str, config: str, rank: int, world: int) -> Iterator[tuple[str, bytes]]:
     """(id, image bytes) of this process's share of a config, read to the end (undecoded)."""
     stream = datasets.load_dataset(dataset, config, split="train", streaming=True)
-    column = "image" if "image" in stream.features else None
-    if column is None:
+    if "image" not in stream.features:
         raise ValueError(f"config {config} has no `image` column; embed the source configs")
-    stream = split_dataset_by_node(stream.cast_column(column, datasets.Image(decode=False)), rank, world)
+    stream = split_dataset_by_node(stream.cast_column("image", datasets.Image(decode=False)), rank, world)
     for row in stream:
-        yield row["id"], row[column]["bytes"]
+        yield row["id"], row["image"]["bytes"]
 
 
 def embed_config(embedder: ClipEmbedder, dataset: str, config: str, cache: Path, *, rank: int = 0, world: int = 1,

@@ -74,8 +74,8 @@ def generate(generator: Generator, source: str, captions: dict[str, str], ids: l
     folder = Path(workdir) / source
     folder.mkdir(parents=True, exist_ok=True)
     chunks = plan(ids, written_ids(folder), rank, world, chunk_size)
-    progress = tqdm(total=sum(map(len, chunks.values())), unit="img",
-                                             desc=f"{source} [{rank + 1}/{world}]", position=rank)
+    progress = tqdm(total=sum(map(len, chunks.values())), unit="img", desc=f"{source} [{rank + 1}/{world}]",
+                    position=rank)
     with ThreadPoolExecutor(1) as encoder:  # PNG encoding overlaps the next batch's generation
         for index, chunk in chunks.items():
             write_chunk(generator, source, captions, chunk, folder / f".chunk-{index:05d}", base_seed, encoder,

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import synmirror
-from factory import caption_for
 
 SOURCES = list(synmirror.SOURCES)
 

@@ -3,7 +3,6 @@
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from PIL import Image
 import synmirror
 from conftest import free_port
 from builder.__main__ import main as builder_main
-from builder.generate import (chunk_folders, export_workdir, generate, plan, seed_for, workdir_rows,
+from builder.generate import (chunk_folders, generate, plan, seed_for, workdir_rows,
                               written_ids)
 from builder.generators import GeneratorError, InfinityGenerator, InfinitySettings
 from tiny_models import build_tiny_sd, build_tiny_sdxl
